@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from .config import Config, load_config
 from .errors import CheckpointError
+from .options import AnalysisOptions
 from .metrics import erg_condition, erg_delta, marchenko_pastur_fit, norm_metrics
 from .planner import LayerPlan, Plan, plan_layers
 from .powerlaw import FitFailure, fit_power_law
@@ -23,8 +26,11 @@ CONFIG_NAME = "setol.yaml"
 LayerCallback = Callable[[LayerResult], None]
 
 
-def analyze_layer(plan: LayerPlan, config: Config, device: str = "cpu") -> LayerResult:
+def analyze_layer(
+    plan: LayerPlan, config: Config, options: AnalysisOptions | None = None
+) -> LayerResult:
     """Compute the spectrum, fit and metrics of one planned layer, then judge it."""
+    options = options or AnalysisOptions()
     start = time.perf_counter()
     layer = LayerResult(
         name=plan.name,
@@ -36,12 +42,12 @@ def analyze_layer(plan: LayerPlan, config: Config, device: str = "cpu") -> Layer
         L=plan.L,
         dtype=plan.tensor.dtype,
         quantization=plan.tensor.quantization,
-        scale="raw",
+        scale=options.scale,
     )
     if plan.skip_reason is not None:
         layer = dataclasses.replace(layer, status="skipped", reason=plan.skip_reason)
         return judge_layer(layer, (), config)
-    spectrum = layer_spectrum(plan, device)
+    spectrum = layer_spectrum(plan, options.device)
     if spectrum.eigenvalues is None:
         layer = dataclasses.replace(
             layer,
@@ -49,12 +55,14 @@ def analyze_layer(plan: LayerPlan, config: Config, device: str = "cpu") -> Layer
             reason=f"{spectrum.nonfinite} NaN or Inf entries",
         )
     else:
-        layer = _measure(layer, spectrum.eigenvalues, plan.Q)
+        layer = _measure(layer, spectrum.eigenvalues, plan.Q, options)
     layer = judge_layer(layer, config.rules_for(plan.name), config)
     return dataclasses.replace(layer, seconds=time.perf_counter() - start)
 
 
-def _measure(layer: LayerResult, eigenvalues, q: float) -> LayerResult:  # type: ignore[no-untyped-def]
+def _measure(
+    layer: LayerResult, eigenvalues: np.ndarray, q: float, options: AnalysisOptions
+) -> LayerResult:
     fit = fit_power_law(eigenvalues)
     erg = erg_condition(eigenvalues)
     alpha = None if isinstance(fit, FitFailure) else fit.alpha
@@ -106,12 +114,12 @@ class CheckpointAnalysis:
         self,
         path: str | Path,
         config: Config,
-        device: str = "cpu",
+        options: AnalysisOptions | None = None,
         on_layer: LayerCallback | None = None,
     ) -> None:
         self.path = str(path)
         self.config = config
-        self.device = device
+        self.options = options or AnalysisOptions()
         self.on_layer = on_layer
         self._checkpoint: Checkpoint | None = None
         self._plan: Plan | None = None
@@ -135,7 +143,7 @@ class CheckpointAnalysis:
             plan = next(p for p in self.plan.layers if p.name == name)
             start = time.perf_counter()
             try:
-                result = analyze_layer(plan, self.config, self.device)
+                result = analyze_layer(plan, self.config, self.options)
             except CheckpointError as exc:
                 result = _unreadable_layer(plan, exc)
             self._seconds += time.perf_counter() - start
@@ -148,7 +156,9 @@ class CheckpointAnalysis:
         """Analyse every layer not yet done and return the checkpoint's result."""
         plan = self.plan
         layers = tuple(self.layer(p.name) for p in plan.layers)
-        summary = summarize(layers, plan.float_parameters, self.device, self._seconds)
+        summary = summarize(
+            layers, plan.float_parameters, self.options.device, self._seconds
+        )
         verdicts = judge_model(self.path, layers, summary, self.config.model)
         return CheckpointResult(
             path=self.path,
@@ -201,6 +211,12 @@ def analyze(
     source: str | Path | Sequence[str | Path],
     config: Config | str | Path | None = None,
     device: str = "auto",
+    *,
+    xmin_strategy: str = "ks",
+    scale: str = "raw",
+    randomize: bool = False,
+    seed: int = 0,
+    alpha_farms: bool = False,
     on_layer: LayerCallback | None = None,
 ) -> Report:
     """Analyse one or more checkpoint paths and return the report.
@@ -212,29 +228,32 @@ def analyze(
     from .gpu import resolve_device
 
     paths = [source] if isinstance(source, (str, Path)) else list(source)
-    used_device = resolve_device(device)
+    options = AnalysisOptions(
+        device=resolve_device(device),
+        xmin_strategy=xmin_strategy,
+        scale=scale,
+        randomize=randomize,
+        seed=seed,
+        alpha_farms=alpha_farms,
+    )
     results = []
     for path in paths:
         resolved = resolve_config(config, path)
-        analysis = CheckpointAnalysis(path, resolved, used_device, on_layer)
+        analysis = CheckpointAnalysis(path, resolved, options, on_layer)
         resolved.check_patterns(analysis.layer_names())
         results.append(analysis.result())
-    return Report(settings=report_settings(device, used_device), checkpoints=tuple(results))
+    settings = report_settings(device, options)
+    return Report(settings=settings, checkpoints=tuple(results))
 
 
-def report_settings(requested: str, device: str) -> dict[str, object]:
+def report_settings(requested_device: str, options: AnalysisOptions) -> dict[str, object]:
     """Return the ``settings`` entry of the report document."""
     from . import __version__
 
-    return {
+    settings: dict[str, object] = {
         "version": __version__,
-        "device_requested": requested,
-        "device": device,
+        "device_requested": requested_device,
         "dtype": "float64",
-        "xmin_strategy": "ks",
-        "scale": "raw",
     }
-
-
-def iter_paths(values: Iterable[str]) -> list[str]:
-    return [str(v) for v in values]
+    settings.update(options.to_dict())
+    return settings

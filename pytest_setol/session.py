@@ -18,6 +18,7 @@ from .analysis import CheckpointAnalysis, find_config, report_settings
 from .config import Config, load_config
 from .errors import CheckpointError, ConfigError, SetolError
 from .gpu import resolve_device
+from .options import AnalysisOptions
 from .report import render_terminal
 from .results import (
     CheckpointResult,
@@ -118,7 +119,7 @@ class SetolSession:
         requested = config.getoption("setol_device") or config.getini("setol_device")
         self.requested_device = str(requested or "auto")
         try:
-            self.device = resolve_device(self.requested_device)
+            self.options = AnalysisOptions(device=resolve_device(self.requested_device))
         except SetolError as exc:
             raise pytest.UsageError(f"--setol-device: {exc}") from None
         config_path = config.getoption("setol_config") or config.getini("setol_config")
@@ -165,7 +166,7 @@ class SetolSession:
         if config is None:
             found = find_config(path)
             config = _load(found) if found else Config()
-        return CheckpointAnalysis(path, config, self.device)
+        return CheckpointAnalysis(path, config, self.options)
 
     # Outcomes ---------------------------------------------------------------
 
@@ -222,7 +223,7 @@ class SetolSession:
                 checkpoints.append(
                     CheckpointResult(path=path, summary=None, not_analysed={}, layers=layers)
                 )
-        settings = report_settings(self.requested_device, self.device)
+        settings = report_settings(self.requested_device, self.options)
         return Report(settings=settings, checkpoints=tuple(checkpoints))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:

@@ -151,7 +151,8 @@ class SetolSession:
             for layer in analysis.plan.layers if load_error is None else ():
                 item = _make_item(LayerItem, node, layer.name, analysis, None)
                 if layer.skip_reason is not None:
-                    item.add_marker(pytest.mark.skip(reason=layer.skip_reason))
+                    reason = f"{layer.name}: {layer.skip_reason}"
+                    item.add_marker(pytest.mark.skip(reason=reason))
                 items.append(item)
             items.append(_make_item(ModelItem, node, MODEL_ITEM, analysis, load_error))
         for config_obj, names_seen in names_by_config.values():

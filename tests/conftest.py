@@ -10,6 +10,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+# pytester's in-process runs drop modules first imported inside them, and
+# numpy's and scipy's extension modules cannot be loaded twice in a process.
+# Importing the whole analysis stack here keeps it loaded across those runs.
+import pytest_setol.session  # noqa: F401  (also imports numpy and scipy)
+
 MakeCheckpoint = Callable[..., Path]
 
 

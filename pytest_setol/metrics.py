@@ -18,6 +18,13 @@ from .powerlaw import FitFailure, PowerLawFit, is_constant
 _MP_TOLERANCE = 1e-9
 _MP_MAX_ROUNDS = 100
 
+#: Report keys whose values come from the power-law fit.
+FIT_KEYS = (
+    "alpha", "xmin", "xmax", "D", "sigma", "num_pl_spikes", "xmin_strategy",
+    "num_fingers", "raw_alpha", "alpha_hat", "log_alpha_norm", "erg_delta",
+    "erg_gap",
+)  # fmt: skip
+
 
 @dataclass(frozen=True)
 class ErgResult:
@@ -69,7 +76,9 @@ def erg_condition(eigenvalues: np.ndarray) -> ErgResult:
     )
 
 
-def norm_metrics(eigenvalues: np.ndarray, alpha: float | None) -> dict[str, float | None]:
+def norm_metrics(
+    eigenvalues: np.ndarray, alpha: float | None
+) -> dict[str, float | None]:
     """Return the log norms, stable rank and ``alpha_hat`` of a spectrum."""
     total = float(eigenvalues.sum())
     top = float(eigenvalues.max())
@@ -104,9 +113,13 @@ def _log10_power_sum(eigenvalues: np.ndarray, alpha: float) -> float:
     return (peak + math.log(float(np.exp(logs - peak).sum()))) / math.log(10.0)
 
 
-def marchenko_pastur_fit(eigenvalues: np.ndarray, q: float) -> MarchenkoPasturFit | None:
+def marchenko_pastur_fit(
+    eigenvalues: np.ndarray, q: float, m: int | None = None
+) -> MarchenkoPasturFit | None:
     """Fit the MP bulk edge to the normalised spectrum by fixed-point iteration.
 
+    ``q`` is ``N / M`` of each matrix and ``m`` its ``M``, which defaults to
+    the number of eigenvalues (a pooled convolution has ``M * slices``).
     Returns None for a spectrum with no positive eigenvalue.
     """
     if eigenvalues.size == 0 or float(eigenvalues.sum()) <= 0.0:
@@ -125,19 +138,29 @@ def marchenko_pastur_fit(eigenvalues: np.ndarray, q: float) -> MarchenkoPasturFi
             break
     lambda_plus = sigma2 * edge
     lambda_minus = sigma2 * (1.0 - 1.0 / math.sqrt(q)) ** 2
-    m = eigenvalues.size
-    tracy_widom = q**-0.5 * lambda_plus ** (2.0 / 3.0) * m ** (-2.0 / 3.0)
-    spikes = int(np.count_nonzero(scaled > lambda_plus + math.sqrt(tracy_widom)))
+    threshold = spike_threshold(lambda_plus, q, m or eigenvalues.size)
     return MarchenkoPasturFit(
         mp_sigma=math.sqrt(sigma2),
         mp_lambda_plus=lambda_plus,
         mp_lambda_minus=lambda_minus,
-        num_spikes=spikes,
+        num_spikes=int(np.count_nonzero(scaled > threshold)),
         mp_softrank=lambda_plus / float(scaled.max()),
     )
 
 
-def erg_delta(fit: PowerLawFit | FitFailure, erg: ErgResult, eigenvalues: np.ndarray) -> float | None:
+def spike_threshold(lambda_plus: float, q: float, m: int) -> float:
+    """Return the bulk edge plus the square root of its Tracy-Widom width.
+
+    ``tw = Q ** -0.5 * lambda_plus ** (2/3) * M ** (-2/3)``; a normalised
+    eigenvalue above the returned value is a spike.
+    """
+    tracy_widom = q**-0.5 * lambda_plus ** (2.0 / 3.0) * m ** (-2.0 / 3.0)
+    return lambda_plus + math.sqrt(tracy_widom)
+
+
+def erg_delta(
+    fit: PowerLawFit | FitFailure, erg: ErgResult, eigenvalues: np.ndarray
+) -> float | None:
     """Return where the power-law tail starts minus where the ERG tail starts.
 
     Both positions are in normalised units (mean eigenvalue 1).
@@ -145,3 +168,34 @@ def erg_delta(fit: PowerLawFit | FitFailure, erg: ErgResult, eigenvalues: np.nda
     if isinstance(fit, FitFailure) or erg.erg_lambda_min is None:
         return None
     return fit.xmin * eigenvalues.size / float(eigenvalues.sum()) - erg.erg_lambda_min
+
+
+def fit_metrics(
+    eigenvalues: np.ndarray, fit: PowerLawFit | FitFailure, erg: ErgResult
+) -> dict[str, object]:
+    """Return every report key that depends on the power-law fit.
+
+    ``eigenvalues`` are all ``L`` of them on the scale of ``fit``. Every key
+    is present, null when the fit failed, so applying the result replaces
+    the values of another fit completely.
+    """
+    values: dict[str, object] = dict.fromkeys(FIT_KEYS)
+    if isinstance(fit, FitFailure):
+        return values
+    values.update(
+        alpha=fit.alpha,
+        xmin=fit.xmin,
+        xmax=fit.xmax,
+        D=fit.D,
+        sigma=fit.sigma,
+        num_pl_spikes=fit.num_pl_spikes,
+        xmin_strategy=fit.strategy,
+        num_fingers=fit.num_fingers,
+        raw_alpha=fit.raw_alpha,
+        erg_delta=erg_delta(fit, erg, eigenvalues),
+    )
+    norms = norm_metrics(eigenvalues, fit.alpha)
+    values.update(alpha_hat=norms["alpha_hat"], log_alpha_norm=norms["log_alpha_norm"])
+    if erg.erg_num is not None:
+        values["erg_gap"] = erg.erg_num - fit.num_pl_spikes
+    return values

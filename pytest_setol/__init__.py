@@ -2,6 +2,10 @@
 
 The package imports nothing heavy until a name below is used, because pytest
 loads its plugin in every run of every project that installs it.
+
+PYTEST_DONT_REWRITE: the package asserts nothing for pytest to explain, and
+tests that import it before running pytest in-process would otherwise get a
+"module already imported" warning from the assertion rewriter.
 """
 
 from __future__ import annotations

@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .config import Config, load_config
-from .errors import CheckpointError
+from .errors import CheckpointError, SetolError
+from .farms import alpha_farms
+from .metrics import erg_condition, fit_metrics, marchenko_pastur_fit, norm_metrics
 from .options import AnalysisOptions
-from .metrics import erg_condition, erg_delta, marchenko_pastur_fit, norm_metrics
 from .planner import LayerPlan, Plan, plan_layers
 from .powerlaw import FitFailure, fit_power_law
+from .randomize import layer_matrices, randomize_layer
 from .reader import Checkpoint, open_checkpoint
 from .results import CheckpointResult, LayerResult, Report
-from .spectra import layer_spectrum
+from .spectra import (
+    Spectrum,
+    cpu_workers,
+    layer_spectra,
+    layer_spectrum,
+    one_blas_thread,
+)
 from .verdicts import judge_layer, judge_model, summarize
 
 #: File looked up beside a checkpoint when no configuration is given.
@@ -27,9 +38,16 @@ LayerCallback = Callable[[LayerResult], None]
 
 
 def analyze_layer(
-    plan: LayerPlan, config: Config, options: AnalysisOptions | None = None
+    plan: LayerPlan,
+    config: Config,
+    options: AnalysisOptions | None = None,
+    spectrum: Spectrum | None = None,
 ) -> LayerResult:
-    """Compute the spectrum, fit and metrics of one planned layer, then judge it."""
+    """Compute the spectrum, fit and metrics of one planned layer, then judge it.
+
+    ``spectrum`` is the layer's spectrum when the caller already has it (from
+    the cache or a batch); its ``seconds`` count towards the layer's time.
+    """
     options = options or AnalysisOptions()
     start = time.perf_counter()
     layer = LayerResult(
@@ -43,11 +61,16 @@ def analyze_layer(
         dtype=plan.tensor.dtype,
         quantization=plan.tensor.quantization,
         scale=options.scale,
+        aliases=plan.aliases,
+        flags=_plan_flags(plan),
     )
     if plan.skip_reason is not None:
         layer = dataclasses.replace(layer, status="skipped", reason=plan.skip_reason)
         return judge_layer(layer, (), config)
-    spectrum = layer_spectrum(plan, options.device)
+    if spectrum is None:
+        spectrum = layer_spectrum(plan, options.device)
+    else:
+        start -= spectrum.seconds
     if spectrum.eigenvalues is None:
         layer = dataclasses.replace(
             layer,
@@ -55,43 +78,80 @@ def analyze_layer(
             reason=f"{spectrum.nonfinite} NaN or Inf entries",
         )
     else:
-        layer = _measure(layer, spectrum.eigenvalues, plan.Q, options)
-    layer = judge_layer(layer, config.rules_for(plan.name), config)
+        layer = _measure(layer, spectrum.eigenvalues, plan, options)
+    low_rank = plan.tensor.low_rank
+    if layer.status == "fit-failed" and low_rank is not None:
+        layer = dataclasses.replace(
+            layer, reason=f"low-rank update of rank {low_rank.rank}: {layer.reason}"
+        )
+    rules = config.rules_for(plan.name)
+    # A rule with its own xmin strategy is checked against a refit with that
+    # strategy; the reported values stay those of the run's strategy.
+    refits: dict[str, LayerResult] = {}
+    if spectrum.eigenvalues is not None:
+        strategies = {r.xmin_strategy for r in rules if r.xmin_strategy is not None}
+        for strategy in sorted(strategies - {options.xmin_strategy}):
+            refit_options = dataclasses.replace(
+                options, xmin_strategy=strategy, randomize=False, alpha_farms=False
+            )
+            refit = _measure(layer, spectrum.eigenvalues, plan, refit_options)
+            refits[strategy] = refit
+    layer = judge_layer(layer, rules, config, refits)
     return dataclasses.replace(layer, seconds=time.perf_counter() - start)
 
 
+def _plan_flags(plan: LayerPlan) -> tuple[str, ...]:
+    flags = ("alias",) if plan.aliases else ()
+    return flags + (("quantized",) if plan.tensor.quantization else ())
+
+
 def _measure(
-    layer: LayerResult, eigenvalues: np.ndarray, q: float, options: AnalysisOptions
+    layer: LayerResult,
+    eigenvalues: np.ndarray,
+    plan: LayerPlan,
+    options: AnalysisOptions,
 ) -> LayerResult:
-    fit = fit_power_law(eigenvalues)
-    erg = erg_condition(eigenvalues)
-    alpha = None if isinstance(fit, FitFailure) else fit.alpha
-    values: dict[str, object] = dict(norm_metrics(eigenvalues, alpha))
+    """Fill in the fit and every metric of ``options`` from the layer's eigenvalues.
+
+    With ``scale="1/N"`` the eigenvalues are divided by ``N`` after the fit's
+    floor has been applied, so only scale-dependent values change.
+    """
+    factor = 1.0 / plan.N if options.scale == "1/N" else 1.0
+    scaled = eigenvalues * factor
+    fit = fit_power_law(eigenvalues, options.xmin_strategy, factor)
+    erg = erg_condition(scaled)
+    values: dict[str, object] = dict(norm_metrics(scaled, None))
     values.update(
         erg_num=erg.erg_num,
         erg_lambda_min=erg.erg_lambda_min,
         erg_tail_norm=erg.erg_tail_norm,
-        erg_delta=erg_delta(fit, erg, eigenvalues),
-        xmin_strategy="ks",
     )
-    mp = marchenko_pastur_fit(eigenvalues, q)
+    values.update(fit_metrics(scaled, fit, erg))
+    values["xmin_strategy"] = options.xmin_strategy
+    mp = marchenko_pastur_fit(scaled, plan.Q, plan.M)
     if mp is not None:
         values.update(dataclasses.asdict(mp))
+    reasons = [erg.reason]
+    if options.randomize or options.alpha_farms:
+        matrices = layer_matrices(plan)
+        if options.randomize:
+            randomized = randomize_layer(plan, matrices, scaled, options.seed, factor)
+            values.update(
+                rand_num_spikes=randomized.rand_num_spikes,
+                rand_traps=randomized.rand_traps,
+                rand_lambda_max=randomized.rand_lambda_max,
+                rand_jsd=randomized.rand_jsd,
+            )
+            reasons.append(randomized.reason)
+        if options.alpha_farms:
+            farms = alpha_farms([m * plan.scale for m in matrices])
+            values["alpha_farms"] = farms.alpha_farms
+            reasons.append(farms.reason)
     if isinstance(fit, FitFailure):
-        return dataclasses.replace(layer, status="fit-failed", reason=fit.reason, **values)  # type: ignore[arg-type]
-    values.update(
-        alpha=fit.alpha,
-        xmin=fit.xmin,
-        xmax=fit.xmax,
-        D=fit.D,
-        sigma=fit.sigma,
-        num_pl_spikes=fit.num_pl_spikes,
-        xmin_strategy=fit.strategy,
-    )
-    if erg.erg_num is not None:
-        values["erg_gap"] = erg.erg_num - fit.num_pl_spikes
-    reason = erg.reason
-    return dataclasses.replace(layer, status="ok", reason=reason, **values)  # type: ignore[arg-type]
+        reasons.insert(0, fit.reason)
+    reason = "; ".join(r for r in reasons if r) or None
+    status = "fit-failed" if isinstance(fit, FitFailure) else "ok"
+    return dataclasses.replace(layer, status=status, reason=reason, **values)  # type: ignore[arg-type]
 
 
 def find_config(checkpoint: str | Path) -> Path | None:
@@ -116,21 +176,39 @@ class CheckpointAnalysis:
         config: Config,
         options: AnalysisOptions | None = None,
         on_layer: LayerCallback | None = None,
+        *,
+        checkpoint: Checkpoint | None = None,
+        base: str | Path | None = None,
     ) -> None:
+        """Analyse the checkpoint at ``path``, or ``checkpoint`` when one is given.
+
+        ``checkpoint`` is a ready checkpoint (in-memory weights); ``path`` then
+        only names it. ``base`` is the checkpoint a fine-tuned one started from:
+        each matching matrix is also reported as ``name[delta]``.
+        """
         self.path = str(path)
         self.config = config
         self.options = options or AnalysisOptions()
         self.on_layer = on_layer
-        self._checkpoint: Checkpoint | None = None
+        self.base = None if base is None else str(base)
+        self._checkpoint: Checkpoint | None = checkpoint
         self._plan: Plan | None = None
         self._results: dict[str, LayerResult] = {}
+        self._spectra: dict[str, Spectrum | Future[list[Spectrum]]] = {}
         self._seconds = 0.0
 
     @property
     def plan(self) -> Plan:
         """Read the header and plan the layers; raise CheckpointError if unreadable."""
         if self._plan is None:
-            self._checkpoint = open_checkpoint(self.path)
+            if self._checkpoint is None:
+                self._checkpoint = open_checkpoint(self.path)
+            if self.base is not None:
+                from .finetune import with_base
+
+                base = open_checkpoint(self.base)
+                self._checkpoint = with_base(self._checkpoint, base)
+                self.base = None
             self._plan = plan_layers(self._checkpoint, self.config)
         return self._plan
 
@@ -143,7 +221,15 @@ class CheckpointAnalysis:
             plan = next(p for p in self.plan.layers if p.name == name)
             start = time.perf_counter()
             try:
-                result = analyze_layer(plan, self.config, self.options)
+                with one_blas_thread():
+                    ready = self._spectra.pop(name, None)
+                    if isinstance(ready, Future):
+                        spectrum: Spectrum | None = ready.result()[0]
+                    else:
+                        spectrum = ready
+                    if spectrum is None and plan.skip_reason is None:
+                        spectrum = self._compute_spectra([plan])[0]
+                    result = analyze_layer(plan, self.config, self.options, spectrum)
             except CheckpointError as exc:
                 result = _unreadable_layer(plan, exc)
             self._seconds += time.perf_counter() - start
@@ -152,10 +238,82 @@ class CheckpointAnalysis:
                 self.on_layer(result)
         return self._results[name]
 
+    def record(self, result: LayerResult) -> None:
+        """Keep a layer result computed elsewhere, such as on a Dask worker."""
+        if result.name in self._results:
+            return
+        self._seconds += result.seconds or 0.0
+        self._results[result.name] = result
+        if self.on_layer is not None:
+            self.on_layer(result)
+
+    def _compute_spectra(self, plans: Sequence[LayerPlan]) -> list[Spectrum]:
+        """Return the spectra of ``plans``, through the spectra cache if one is set."""
+        if self.options.cache_dir is None:
+            return layer_spectra(plans, self.options.device)
+        from .cache import SpectrumCache
+
+        assert self._checkpoint is not None  # planned, so opened
+        cache = SpectrumCache(self.options.cache_dir)
+        return cache.spectra(self._checkpoint, plans, self.options.device)
+
+    def _prefetch_spectra(self) -> None:
+        """Compute every pending spectrum at once on a GPU, which batches equal shapes.
+
+        The CPU gains nothing from batches across layers, so there spectra are
+        computed as their layers are analysed and progress stays per layer.
+        """
+        if not self.options.device.startswith("cuda"):
+            return
+        pending = [
+            plan
+            for plan in self.plan.layers
+            if plan.name not in self._results and plan.skip_reason is None
+        ]
+        start = time.perf_counter()
+        try:
+            spectra = self._compute_spectra(pending)
+        except CheckpointError:
+            return  # each layer then reports its own read error
+        names = [plan.name for plan in pending]
+        self._spectra.update(zip(names, spectra, strict=True))
+        self._seconds += time.perf_counter() - start
+
+    @contextlib.contextmanager
+    def _spectra_pool(self) -> Iterator[None]:
+        """Compute pending CPU spectra on threads while layers are fitted in order.
+
+        numpy releases the GIL inside BLAS and LAPACK, and each thread runs
+        one BLAS thread, so layers overlap without the fine-grained
+        synchronisation that slows a threaded BLAS on a loaded machine.
+        """
+        workers = cpu_workers()
+        pending = [
+            plan
+            for plan in self.plan.layers
+            if plan.skip_reason is None
+            and plan.name not in self._results
+            and plan.name not in self._spectra
+        ]
+        if self.options.device.startswith("cuda") or workers < 2 or len(pending) < 2:
+            yield
+            return
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="setol-spectra")
+        try:
+            with one_blas_thread():
+                for plan in pending:
+                    future = pool.submit(self._compute_spectra, [plan])
+                    self._spectra[plan.name] = future
+                yield
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
     def result(self) -> CheckpointResult:
         """Analyse every layer not yet done and return the checkpoint's result."""
         plan = self.plan
-        layers = tuple(self.layer(p.name) for p in plan.layers)
+        self._prefetch_spectra()
+        with self._spectra_pool():
+            layers = tuple(self.layer(p.name) for p in plan.layers)
         summary = summarize(
             layers, plan.float_parameters, self.options.device, self._seconds
         )
@@ -208,26 +366,38 @@ def resolve_config(config: Config | str | Path | None, checkpoint: str | Path) -
 
 
 def analyze(
-    source: str | Path | Sequence[str | Path],
+    source: Any,
     config: Config | str | Path | None = None,
     device: str = "auto",
     *,
+    base: str | Path | None = None,
     xmin_strategy: str = "ks",
     scale: str = "raw",
     randomize: bool = False,
     seed: int = 0,
     alpha_farms: bool = False,
     on_layer: LayerCallback | None = None,
+    cache_dir: str | Path | None = None,
+    scheduler: str | None = None,
 ) -> Report:
-    """Analyse one or more checkpoint paths and return the report.
+    """Analyse one or more checkpoints and return the report.
 
-    ``config`` is a ``Config``, a YAML path, or None to use ``setol.yaml``
-    beside each checkpoint (or the built-in defaults). Raises ConfigError for
-    an invalid configuration and CheckpointError for an unreadable checkpoint.
+    A checkpoint is a path (file or folder), an ``nn.Module``, or a state dict
+    of torch tensors or numpy arrays. ``config`` is a ``Config``, a YAML path,
+    or None to use ``setol.yaml`` beside each checkpoint (or the built-in
+    defaults). ``base`` is the checkpoint the others were fine-tuned from.
+    ``cache_dir`` keeps spectra between runs (default: no cache).
+    ``scheduler`` is the address of a Dask scheduler whose workers compute
+    the layers; they must see the checkpoint files at the same paths.
+    Raises ConfigError for an invalid configuration and CheckpointError for an
+    unreadable checkpoint.
     """
+    from .distributed import analyze_on_cluster, cluster_client
     from .gpu import resolve_device
+    from .reader_memory import checkpoint_from_memory, is_in_memory
 
-    paths = [source] if isinstance(source, (str, Path)) else list(source)
+    single = isinstance(source, (str, Path)) or is_in_memory(source)
+    sources: list[Any] = [source] if single else list(source)
     options = AnalysisOptions(
         device=resolve_device(device),
         xmin_strategy=xmin_strategy,
@@ -235,13 +405,30 @@ def analyze(
         randomize=randomize,
         seed=seed,
         alpha_farms=alpha_farms,
+        cache_dir=None if cache_dir is None else str(cache_dir),
     )
     results = []
-    for path in paths:
-        resolved = resolve_config(config, path)
-        analysis = CheckpointAnalysis(path, resolved, options, on_layer)
-        resolved.check_patterns(analysis.layer_names())
-        results.append(analysis.result())
+    with cluster_client(scheduler) as client:
+        for item in sources:
+            checkpoint = checkpoint_from_memory(item) if is_in_memory(item) else None
+            path = checkpoint.path if checkpoint is not None else item
+            if checkpoint is None or config is not None:
+                resolved = resolve_config(config, path)
+            else:
+                resolved = Config()  # in-memory weights have no folder to search
+            analysis = CheckpointAnalysis(
+                path, resolved, options, on_layer, checkpoint=checkpoint, base=base
+            )
+            resolved.check_patterns(analysis.layer_names())
+            if client is not None:
+                if checkpoint is not None:
+                    raise SetolError(
+                        f"{path}: in-memory weights cannot be sent to Dask workers; "
+                        "save them to a file on shared storage, or omit scheduler"
+                    )
+                base_path = None if base is None else str(base)
+                analyze_on_cluster(analysis, client, base_path)
+            results.append(analysis.result())
     settings = report_settings(device, options)
     return Report(settings=settings, checkpoints=tuple(results))
 

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .options import XMIN_STRATEGIES
 from .results import NUMERIC_KEYS
 
 SEVERITIES = ("fail", "warn")
@@ -27,26 +28,60 @@ MODEL_QUANTITIES = ("fail_fraction", "coverage")
 DEFAULT_MIN_EIGENVALUES = 50
 
 _TOP_KEYS = ("min_eigenvalues", "rules", "statuses", "layers", "model", "checkpoints")
-_RULE_KEYS = ("min", "max", "severity")
+_RULE_KEYS = (
+    "min", "max", "severity", "max_increase", "max_decrease", "xmin_strategy"
+)  # fmt: skip
+#: Layer metrics that come from the power-law fit, so a rule on them may name
+#: its own ``xmin_strategy``.
+FIT_METRICS = (
+    "alpha", "xmin", "xmax", "D", "sigma", "num_pl_spikes", "num_fingers",
+    "raw_alpha", "alpha_hat", "log_alpha_norm", "erg_delta", "erg_gap",
+)  # fmt: skip
+#: Rule keys that bound the change of a layer metric against a baseline report.
+DRIFT_KEYS = ("max_increase", "max_decrease")
 _LAYER_KEYS = ("match", "rules", "skip")
 
 
 @dataclass(frozen=True)
 class Rule:
-    """A bound on one metric: fails or warns when the value leaves [min, max]."""
+    """A bound on one metric: fails or warns when the value leaves [min, max].
+
+    ``max_increase`` and ``max_decrease`` bound the change of the metric
+    against a baseline report; they apply only when a run has a baseline.
+    ``xmin_strategy``, when set, checks the metric of a power-law fit with
+    that strategy instead of the run's.
+    """
 
     metric: str
     min: float | None = None
     max: float | None = None
     severity: str = "fail"
     origin: str = "built-in defaults"
+    max_increase: float | None = None
+    max_decrease: float | None = None
+    xmin_strategy: str | None = None
+
+    @property
+    def bounded(self) -> bool:
+        """True when the rule bounds the value itself, not only its drift."""
+        return self.min is not None or self.max is not None
+
+    @property
+    def drift(self) -> bool:
+        """True when the rule bounds the change against a baseline."""
+        return self.max_increase is not None or self.max_decrease is not None
 
     def describe(self) -> str:
+        metric = self.metric
+        if self.xmin_strategy is not None:
+            metric = f"{metric} ({self.xmin_strategy} fit)"
         if self.min is not None and self.max is not None:
-            return f"{self.metric} in [{self.min:g}, {self.max:g}]"
+            return f"{metric} in [{self.min:g}, {self.max:g}]"
         if self.min is not None:
-            return f"{self.metric} >= {self.min:g}"
-        return f"{self.metric} <= {self.max:g}"
+            return f"{metric} >= {self.min:g}"
+        if self.max is not None:
+            return f"{metric} <= {self.max:g}"
+        return f"{metric} (drift bounds only)"
 
 
 @dataclass(frozen=True)
@@ -84,7 +119,7 @@ class Config:
     checkpoints: tuple[str, ...] = ()
 
     def rules_for(self, name: str) -> tuple[Rule, ...]:
-        """Return the rules of layer ``name``: every matching override, in file order."""
+        """Return the rules of layer ``name``, applying matching overrides in order."""
         merged: dict[str, Rule | None] = dict(self.rules)
         for override in self.layers:
             if override.matches(name):
@@ -120,7 +155,9 @@ def load_config(path: str | Path) -> Config:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(path, "", f"cannot read the file: {exc.strerror or exc}") from exc
+        raise ConfigError(
+            path, "", f"cannot read the file: {exc.strerror or exc}"
+        ) from exc
     return parse_config(text, str(path))
 
 
@@ -182,7 +219,9 @@ class _Parser:
 
     def choice(self, value: Any, key: str, choices: tuple[str, ...]) -> str:
         if value not in choices:
-            raise self.error(key, f"expected one of {', '.join(choices)}, got {value!r}")
+            raise self.error(
+                key, f"expected one of {', '.join(choices)}, got {value!r}"
+            )
         return str(value)
 
     def parse(self, data: Any) -> Config:
@@ -198,7 +237,7 @@ class _Parser:
                 )
             config = replace(config, min_eigenvalues=value)
         if "rules" in data:
-            rules = dict(DEFAULT_RULES)
+            rules: dict[str, Rule | None] = dict(DEFAULT_RULES)
             rules.update(self.rules(data["rules"], "rules", base=DEFAULT_RULES))
             config = replace(
                 config, rules={k: v for k, v in rules.items() if v is not None}
@@ -231,8 +270,10 @@ class _Parser:
         if spec is None:
             return None
         spec = self.mapping(spec, key, _RULE_KEYS)
-        if "min" not in spec and "max" not in spec and base is None:
-            raise self.error(key, "a rule needs 'min', 'max' or both")
+        if not any(k in spec for k in ("min", "max", *DRIFT_KEYS)) and base is None:
+            raise self.error(
+                key, "a rule needs 'min', 'max', 'max_increase' or 'max_decrease'"
+            )
         rule = base or Rule(metric)
         origin = f"{self.path}:{self.lines.get(key, '?')}"
         rule = replace(rule, origin=origin)
@@ -242,19 +283,42 @@ class _Parser:
             rule = replace(rule, max=self.number(spec["max"], f"{key}.max"))
         if "severity" in spec:
             rule = replace(
-                rule, severity=self.choice(spec["severity"], f"{key}.severity", SEVERITIES)
+                rule,
+                severity=self.choice(spec["severity"], f"{key}.severity", SEVERITIES),
             )
+        for drift_key in DRIFT_KEYS:
+            if drift_key in spec:
+                where = f"{key}.{drift_key}"
+                bound = self.number(spec[drift_key], where)
+                if bound < 0:
+                    raise self.error(
+                        where, f"expected a change of 0 or more, got {bound:g}"
+                    )
+                if drift_key == "max_increase":
+                    rule = replace(rule, max_increase=bound)
+                else:
+                    rule = replace(rule, max_decrease=bound)
+        if "xmin_strategy" in spec:
+            where = f"{key}.xmin_strategy"
+            if metric not in FIT_METRICS:
+                raise self.error(
+                    where,
+                    f"{metric} does not come from the power-law fit; xmin_strategy "
+                    f"applies to {', '.join(FIT_METRICS)}",
+                )
+            strategy = self.choice(spec["xmin_strategy"], where, XMIN_STRATEGIES)
+            rule = replace(rule, xmin_strategy=strategy)
         if rule.min is not None and rule.max is not None and rule.min > rule.max:
             raise self.error(
                 key, f"min ({rule.min:g}) is greater than max ({rule.max:g})"
             )
         return rule
 
-    def layers(
-        self, value: Any, base: Mapping[str, Rule]
-    ) -> tuple[LayerOverride, ...]:
+    def layers(self, value: Any, base: Mapping[str, Rule]) -> tuple[LayerOverride, ...]:
         if not isinstance(value, list):
-            raise self.error("layers", f"expected a list of entries, got {_kind(value)}")
+            raise self.error(
+                "layers", f"expected a list of entries, got {_kind(value)}"
+            )
         overrides = []
         for index, entry in enumerate(value):
             key = f"layers[{index}]"
@@ -280,7 +344,8 @@ class _Parser:
                 skip = None
             elif skip is not None and not isinstance(skip, str):
                 raise self.error(
-                    f"{key}.skip", f"expected true or a reason string, got {_kind(skip)}"
+                    f"{key}.skip",
+                    f"expected true or a reason string, got {_kind(skip)}",
                 )
             overrides.append(
                 LayerOverride(tuple(patterns), rules, skip, key, self.lines.get(key))
@@ -292,6 +357,19 @@ class _Parser:
         raw = self.mapping(value, "model", allowed)
         rules = {}
         for name, spec in raw.items():
+            for drift_key in DRIFT_KEYS:
+                if isinstance(spec, dict) and drift_key in spec:
+                    raise self.error(
+                        f"model.{name}.{drift_key}",
+                        "drift bounds apply to layer metrics only; move the bound "
+                        "to 'rules' or a 'layers' entry",
+                    )
+            if isinstance(spec, dict) and "xmin_strategy" in spec:
+                raise self.error(
+                    f"model.{name}.xmin_strategy",
+                    "xmin_strategy applies to layer rules only; move it to 'rules' "
+                    "or a 'layers' entry",
+                )
             rule = self.rule(spec, f"model.{name}", name, None)
             if rule is not None:
                 rules[name] = rule

@@ -14,6 +14,8 @@ class AnalysisOptions:
     """How eigenvalues are computed and fitted.
 
     ``device`` is the resolved device (``cpu`` or ``cuda:N``), never ``auto``.
+    ``cache_dir`` is the spectra cache directory, or None to compute every
+    spectrum; it changes no result, so the report's settings leave it out.
     """
 
     device: str = "cpu"
@@ -22,6 +24,7 @@ class AnalysisOptions:
     randomize: bool = False
     seed: int = 0
     alpha_farms: bool = False
+    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.xmin_strategy not in XMIN_STRATEGIES:
@@ -31,6 +34,11 @@ class AnalysisOptions:
             )
         if self.scale not in SCALES:
             raise ValueError(f"unknown scale {self.scale!r}; expected raw or 1/N")
+        seed = self.seed
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be an integer of 0 or more, got {seed!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        settings = asdict(self)
+        del settings["cache_dir"]
+        return settings

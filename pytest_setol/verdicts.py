@@ -40,21 +40,21 @@ def fit_flags(layer: LayerResult) -> tuple[tuple[str, ...], str | None]:
     return ("fit-unreliable",), "fit-unreliable: " + ", ".join(reasons)
 
 
-def check_rule(subject: str, rule: Rule, observed: float | None, note: str = "") -> Verdict:
+def check_rule(
+    subject: str, rule: Rule, observed: float | None, note: str = ""
+) -> Verdict:
     """Compare one value with one rule and word the outcome."""
-    bounds = {"min": rule.min, "max": rule.max, "severity": rule.severity}
     if observed is None or (isinstance(observed, float) and math.isnan(observed)):
-        return Verdict(
-            rule.metric, "skip", observed=None,
-            message=f"{subject}: {rule.metric} is null, so {rule.describe()} is not checked",
-            **bounds,
-        )  # fmt: skip
+        message = (
+            f"{subject}: {rule.metric} is null, so {rule.describe()} is not checked"
+        )
+        return _verdict(rule, "skip", None, message)
     if rule.min is not None and observed < rule.min:
         side, relation, bound = "below", "is below the minimum", rule.min
     elif rule.max is not None and observed > rule.max:
         side, relation, bound = "above", "is above the maximum", rule.max
     else:
-        return Verdict(rule.metric, "pass", observed=observed, **bounds)
+        return _verdict(rule, "pass", observed, "")
     message = (
         f"{subject}: {rule.metric} = {observed:.4g} {relation} {bound:g} "
         f"({rule.severity}, rule from {rule.origin})"
@@ -64,18 +64,38 @@ def check_rule(subject: str, rule: Rule, observed: float | None, note: str = "")
         message += f". {reading}"
     if note:
         message += f". {note}"
-    return Verdict(rule.metric, rule.severity, observed=observed, message=message, **bounds)
+    return _verdict(rule, rule.severity, observed, message)
 
 
-def judge_layer(layer: LayerResult, rules: Sequence[Rule], config: Config) -> LayerResult:
+def _verdict(rule: Rule, outcome: str, observed: float | None, message: str) -> Verdict:
+    return Verdict(
+        rule=rule.metric,
+        outcome=outcome,
+        severity=rule.severity,
+        observed=observed,
+        min=rule.min,
+        max=rule.max,
+        message=message,
+    )
+
+
+def judge_layer(
+    layer: LayerResult,
+    rules: Sequence[Rule],
+    config: Config,
+    refits: Mapping[str, LayerResult] | None = None,
+) -> LayerResult:
     """Return ``layer`` with its verdicts, status and flags filled in.
 
     ``layer.status`` on entry is ``skipped``, ``invalid``, ``fit-failed`` or
     ``ok`` (analysed); analysed layers get a status from the failing rules.
+    A rule with its own ``xmin_strategy`` reads its metric from
+    ``refits[strategy]``, the same layer fitted with that strategy.
     """
     if layer.status == "skipped":
         return dataclasses.replace(
-            layer, verdicts=(Verdict("skip", "skip", "skip", message=layer.reason or ""),)
+            layer,
+            verdicts=(Verdict("skip", "skip", "skip", message=layer.reason or ""),),
         )
     if layer.status == "invalid":
         severity = config.statuses["invalid"]
@@ -85,10 +105,16 @@ def judge_layer(layer: LayerResult, rules: Sequence[Rule], config: Config) -> La
         )
     flags, flag_reason = fit_flags(layer)
     note = flag_reason or ""
-    verdicts = [check_rule(layer.name, rule, layer.metric(rule.metric), note) for rule in rules]
+    verdicts = [
+        _check_layer_rule(layer, rule, note, refits or {})
+        for rule in rules
+        if rule.bounded
+    ]
     status = layer.status
     if status == "fit-failed":
-        verdicts.insert(0, _status_verdict(layer, "fit-failed", config.statuses["fit-failed"]))
+        verdicts.insert(
+            0, _status_verdict(layer, "fit-failed", config.statuses["fit-failed"])
+        )
     else:
         status = _status_from(verdicts)
     reason = layer.reason
@@ -101,6 +127,19 @@ def judge_layer(layer: LayerResult, rules: Sequence[Rule], config: Config) -> La
         verdicts=tuple(verdicts),
         reason=reason,
     )
+
+
+def _check_layer_rule(
+    layer: LayerResult, rule: Rule, note: str, refits: Mapping[str, LayerResult]
+) -> Verdict:
+    source = layer
+    if rule.xmin_strategy is not None and rule.xmin_strategy in refits:
+        source = refits[rule.xmin_strategy]
+        note = f"{rule.metric} from the {rule.xmin_strategy} fit"
+        refit_flag = fit_flags(source)[1]
+        if refit_flag:
+            note = f"{note}. {refit_flag}"
+    return check_rule(layer.name, rule, source.metric(rule.metric), note)
 
 
 def _status_verdict(layer: LayerResult, status: str, severity: str) -> Verdict:
@@ -134,9 +173,7 @@ def summarize(
     counts = {status: 0 for status in ("ok",)}
     for layer in layers:
         counts[layer.status] = counts.get(layer.status, 0) + 1
-    analysed = [
-        layer for layer in layers if layer.status not in ("skipped", "invalid")
-    ]
+    analysed = [layer for layer in layers if layer.status not in ("skipped", "invalid")]
     alphas = [layer.alpha for layer in analysed if layer.alpha is not None]
     analysed_parameters = sum(_parameters(layer) for layer in analysed)
     judged = [layer for layer in layers if layer.status != "skipped"]
@@ -176,5 +213,9 @@ def judge_model(
             metric = name.removeprefix("mean_")
             values = [v for layer in layers if (v := layer.metric(metric)) is not None]
             observed = sum(values) / len(values) if values else None
-        verdicts.append(check_rule(f"{path} (model)", dataclasses.replace(rule, metric=name), observed))
+        verdicts.append(
+            check_rule(
+                f"{path} (model)", dataclasses.replace(rule, metric=name), observed
+            )
+        )
     return tuple(verdicts)

@@ -61,7 +61,9 @@ def test_last_matching_override_wins() -> None:
     by_metric = {r.metric: r for r in config.rules_for("encoder.layer.1.key.weight")}
     assert by_metric["alpha"].max == 7.0
     assert by_metric["alpha"].severity == "fail"
-    assert config.skip_reason("pooler.dense.weight") == "re-initialised when fine-tuning"
+    assert (
+        config.skip_reason("pooler.dense.weight") == "re-initialised when fine-tuning"
+    )
     assert config.skip_reason("encoder.layer.1.key.weight") is None
 
 
@@ -97,7 +99,9 @@ BAD_FILES = [
     [case[1:] for case in BAD_FILES],
     ids=[case[0] for case in BAD_FILES],
 )
-def test_bad_file_names_key_and_line(text: str, line: int, key: str, message: str) -> None:
+def test_bad_file_names_key_and_line(
+    text: str, line: int, key: str, message: str
+) -> None:
     with pytest.raises(ConfigError) as excinfo:
         parse_config(text, "conf/setol.yaml")
     error = excinfo.value

@@ -38,14 +38,19 @@ def pareto(alpha: float, m: int = COLS) -> np.ndarray:
 
 
 def write(path: Path, tensors: dict[str, np.ndarray]) -> Path:
-    save_file({k: np.ascontiguousarray(v, dtype=v.dtype) for k, v in tensors.items()}, str(path))
+    save_file(
+        {k: np.ascontiguousarray(v, dtype=v.dtype) for k, v in tensors.items()},
+        str(path),
+    )
     return path
 
 
 def layers(**spectra: np.ndarray) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(12345)
     return {
-        name.replace("__", "."): matrix_with_eigenvalues(ev, ROWS, rng).astype(np.float32)
+        name.replace("__", "."): matrix_with_eigenvalues(ev, ROWS, rng).astype(
+            np.float32
+        )
         for name, ev in spectra.items()
     }
 
@@ -106,7 +111,9 @@ def test_failing_layers_name_metric_bound_and_reading(
     assert result.ret == pytest.ExitCode.TESTS_FAILED
 
 
-def test_warn_severity_passes_with_warning(pytester: pytest.Pytester, mixed: Path) -> None:
+def test_warn_severity_passes_with_warning(
+    pytester: pytest.Pytester, mixed: Path
+) -> None:
     result = pytester.runpytest("--setol", str(mixed), "-k", "warned", "-rw")
     result.assert_outcomes(passed=1, warnings=1, deselected=5)
     result.stdout.fnmatch_lines(
@@ -151,7 +158,9 @@ def test_config_beside_checkpoint_overrides_layers(
     )
 
 
-def test_explicit_config_and_model_rules(pytester: pytest.Pytester, mixed: Path) -> None:
+def test_explicit_config_and_model_rules(
+    pytester: pytest.Pytester, mixed: Path
+) -> None:
     config = pytester.path / "strict.yaml"
     config.write_text(
         textwrap.dedent(
@@ -174,7 +183,9 @@ def test_explicit_config_and_model_rules(pytester: pytest.Pytester, mixed: Path)
 
 
 def test_bad_yaml_is_a_usage_error(pytester: pytest.Pytester, good: Path) -> None:
-    (good.parent / "setol.yaml").write_text("rules:\n  alpha:\n    min: 7\n    max: 3\n")
+    (good.parent / "setol.yaml").write_text(
+        "rules:\n  alpha:\n    min: 7\n    max: 3\n"
+    )
     result = pytester.runpytest("--setol", str(good))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
@@ -253,9 +264,7 @@ def test_junit_xml(pytester: pytest.Pytester, mixed: Path) -> None:
     assert set(cases) == {"ok", "over", "under", "warned", "tiny", "model"}
     assert cases["over"].find("failure") is not None
     assert cases["tiny"].find("skipped") is not None
-    properties = {
-        p.get("name"): p.get("value") for p in cases["over"].iter("property")
-    }
+    properties = {p.get("name"): p.get("value") for p in cases["over"].iter("property")}
     assert properties["status"] == "over-trained"
     assert float(properties["alpha"]) == pytest.approx(1.5, abs=0.01)
 
@@ -263,7 +272,9 @@ def test_junit_xml(pytester: pytest.Pytester, mixed: Path) -> None:
 def test_json_document(pytester: pytest.Pytester, mixed: Path, good: Path) -> None:
     target = pytester.path / "out" / "report.json"
     target.parent.mkdir()
-    pytester.runpytest("--setol", str(good), "--setol", str(mixed), "--setol-json", str(target))
+    pytester.runpytest(
+        "--setol", str(good), "--setol", str(mixed), "--setol-json", str(target)
+    )
     document = json.loads(target.read_text())
     assert document["schema_version"] == 1
     assert document["settings"]["device"] == "cpu"
@@ -288,7 +299,9 @@ def test_json_document(pytester: pytest.Pytester, mixed: Path, good: Path) -> No
     }
     summary = checkpoint["summary"]
     assert summary["status_counts"]["over-trained"] == 1
-    assert summary["coverage"] == pytest.approx(4 * ROWS * COLS / (4 * ROWS * COLS + 3000))
+    assert summary["coverage"] == pytest.approx(
+        4 * ROWS * COLS / (4 * ROWS * COLS + 3000)
+    )
 
 
 def test_json_matches_python_api(pytester: pytest.Pytester, mixed: Path) -> None:
@@ -297,7 +310,9 @@ def test_json_matches_python_api(pytester: pytest.Pytester, mixed: Path) -> None
     target = pytester.path / "report.json"
     pytester.runpytest("--setol", str(mixed), "--setol-json", str(target))
     from_plugin = json.loads(target.read_text())["checkpoints"][0]["layers"]
-    from_api = pytest_setol.analyze(mixed, device="cpu").to_dict()["checkpoints"][0]["layers"]
+    from_api = pytest_setol.analyze(mixed, device="cpu").to_dict()["checkpoints"][0][
+        "layers"
+    ]
     for plugin_layer, api_layer in zip(from_plugin, from_api, strict=True):
         plugin_layer.pop("seconds")
         api_layer.pop("seconds")
@@ -326,7 +341,12 @@ def test_plugin_import_stays_light(pytester: pytest.Pytester) -> None:
 def test_help_lists_options(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--help")
     result.stdout.fnmatch_lines_random(
-        ["*--setol=PATH*", "*--setol-config=FILE*", "*--setol-device=DEVICE*", "*--setol-json=FILE*"]
+        [
+            "*--setol=PATH*",
+            "*--setol-config=FILE*",
+            "*--setol-device=DEVICE*",
+            "*--setol-json=FILE*",
+        ]
     )
 
 
@@ -342,7 +362,9 @@ def test_minilm_end_to_end(pytester: pytest.Pytester, minilm: Path) -> None:
     assert len(layers) == 40
     # Published all-MiniLM-L6-v2 weights: the position embeddings are very
     # heavy-tailed and the pooler is close to random.
-    assert layers["embeddings.position_embeddings.weight"]["alpha"] == pytest.approx(1.55, abs=0.01)
+    assert layers["embeddings.position_embeddings.weight"]["alpha"] == pytest.approx(
+        1.55, abs=0.01
+    )
     assert layers["embeddings.position_embeddings.weight"]["status"] == "over-trained"
     assert layers["pooler.dense.weight"]["alpha"] > 6
     assert layers["pooler.dense.weight"]["status"] == "under-trained"

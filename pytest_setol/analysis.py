@@ -25,6 +25,7 @@ from .results import CheckpointResult, LayerResult, Report
 from .spectra import (
     Spectrum,
     cpu_workers,
+    large_first,
     layer_spectra,
     layer_spectrum,
     one_blas_thread,
@@ -301,7 +302,7 @@ class CheckpointAnalysis:
         pool = ThreadPoolExecutor(workers, thread_name_prefix="setol-spectra")
         try:
             with one_blas_thread():
-                for plan in pending:
+                for plan in large_first(pending):
                     future = pool.submit(self._compute_spectra, [plan])
                     self._spectra[plan.name] = future
                 yield

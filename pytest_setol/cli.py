@@ -620,7 +620,8 @@ def _run_header(args: argparse.Namespace) -> int:
     if unreadable:
         print(f"setol header: failed: {files}: {unreadable} unreadable")
         return EXIT_USAGE
-    print(f"setol header: passed: {files}, {matrices} matrices, headers valid")
+    noun = "matrix" if matrices == 1 else "matrices"
+    print(f"setol header: passed: {files}, {matrices} {noun}, headers valid")
     return EXIT_OK
 
 

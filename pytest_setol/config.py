@@ -169,7 +169,9 @@ def parse_config(text: str, path: str = "<string>") -> Config:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
-        raise ConfigError(path, "", f"invalid YAML: {exc}", line) from exc
+        problem = getattr(exc, "problem", None) or str(exc)
+        column = f", column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(path, "", f"invalid YAML: {problem}{column}", line) from exc
     lines: dict[str, int] = {}
     if node is not None:
         _record_lines(node, "", lines)

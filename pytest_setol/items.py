@@ -34,13 +34,19 @@ class SetolCheckFailure(Exception):
 
 
 class CheckpointFile(pytest.File):
-    """The collector that parents one ``--setol`` checkpoint's items.
+    """The collector of one ``--setol`` checkpoint's layer and model items.
 
-    It collects nothing itself: the session adds the items after collection.
+    ``source`` is set by the session: the analysis, the error that made the
+    checkpoint unreadable (or None), the item order key and the baseline.
     """
 
+    source: tuple[
+        CheckpointAnalysis, str | None, OrderKey, CheckpointResult | None
+    ]
+
     def collect(self) -> list[pytest.Item]:
-        return []
+        analysis, load_error, order, baseline = self.source
+        return checkpoint_items(self, analysis, load_error, order, baseline)
 
 
 class _SetolItem(pytest.Item):
@@ -59,7 +65,8 @@ class _SetolItem(pytest.Item):
         return str(super().repr_failure(excinfo, style=style))
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.path, 0, f"setol {self.name}"
+        # The domain heads failure sections, so it names the checkpoint too.
+        return self.path, 0, f"setol {self.path.name}::{self.name}"
 
 
 class LayerItem(_SetolItem):

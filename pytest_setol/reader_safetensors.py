@@ -66,7 +66,9 @@ def read_safetensors(path: Path) -> Checkpoint:
         (header_len,) = struct.unpack("<Q", handle.read(8))
         if header_len > MAX_HEADER_BYTES:
             raise CheckpointError(
-                path, f"header length {header_len} bytes exceeds the 100 MB limit"
+                path,
+                f"header length {header_len} bytes exceeds the 100 MB limit; "
+                "the file is corrupt or not a safetensors file",
             )
         if 8 + header_len > file_size:
             raise CheckpointError(

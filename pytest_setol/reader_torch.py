@@ -115,6 +115,13 @@ def _import_torch(path: Path | str) -> Any:
 
 def _unpickling_message(text: str) -> str:
     found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found is None and "global" not in text.lower():
+        # The weights_only unpickler also raises this for bytes that are no
+        # pickle at all, such as a corrupt or unrelated file.
+        return (
+            "is corrupt or not a torch file (it does not unpickle); "
+            "download or save it again"
+        )
     named = f" ({found.group(1)})" if found else ""
     return (
         f"the pickle needs globals{named} that weights_only loading rejects, "

@@ -143,6 +143,7 @@ class SetolSession:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.paths: list[str] = list(config.getoption("setol"))
+        self._names_by_config: dict[int, tuple[Config, set[str]]] = {}
         self.requested_device = str(option(config, "setol_device") or "auto")
         try:
             device = resolve_device(self.requested_device)
@@ -204,28 +205,52 @@ class SetolSession:
 
     # Collection -------------------------------------------------------------
 
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_collection_modifyitems(
-        self, session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
-    ) -> None:
-        names_by_config: dict[int, tuple[Config, set[str]]] = {}
+    @pytest.hookimpl(wrapper=True)
+    def pytest_make_collect_report(
+        self, collector: pytest.Collector
+    ) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+        """Add one collector per ``--setol`` checkpoint to the session's own.
+
+        Going through collection, rather than adding items afterwards, lets
+        pytest count, deselect and list the layer items like any other test.
+        """
+        report = yield
+        if isinstance(collector, pytest.Session) and report.passed and self.paths:
+            report.result.extend(self._checkpoint_nodes(collector))
+        return report
+
+    def _checkpoint_nodes(self, session: pytest.Session) -> list[CheckpointFile]:
+        nodes = []
         for index, path in enumerate(self.paths):
             analysis = self.analysis(path)
-            node = CheckpointFile.from_parent(session, path=Path(path).absolute())
             load_error = None
-            names: list[str] = []
             try:
                 names = analysis.layer_names()
             except CheckpointError as exc:
                 load_error = str(exc)
-            entry = names_by_config.setdefault(
+                names = []
+            entry = self._names_by_config.setdefault(
                 id(analysis.config), (analysis.config, set())
             )
             entry[1].update(names)
             baseline = None if load_error else self.baseline_entry(path)
-            order = (0, "", index)
-            items.extend(checkpoint_items(node, analysis, load_error, order, baseline))
-        for config_obj, names_seen in names_by_config.values():
+            absolute = Path(path).absolute()
+            try:
+                absolute.relative_to(session.config.rootpath)
+                nodeid = None
+            except ValueError:
+                # Outside the root folder pytest would give no path part at
+                # all; the path as the user wrote it keeps node ids readable.
+                nodeid = path
+            node = CheckpointFile.from_parent(session, path=absolute, nodeid=nodeid)
+            node.source = (analysis, load_error, (0, "", index), baseline)
+            nodes.append(node)
+        return nodes
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection_modifyitems(self) -> None:
+        """Reject a ``match`` glob that matches no layer of any checkpoint."""
+        for config_obj, names_seen in self._names_by_config.values():
             if names_seen:
                 try:
                     config_obj.check_patterns(names_seen)

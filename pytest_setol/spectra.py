@@ -26,7 +26,7 @@ import numpy as np
 from .planner import LayerPlan
 
 #: Bytes of stored tensor read per block while the Gram matrix accumulates.
-BLOCK_BYTES = 32 * 1024 * 1024
+BLOCK_BYTES = 16 * 1024 * 1024
 #: Gram matrices of at most this order are stacked and solved in one
 #: ``eigvalsh`` call; above it the per-call overhead is negligible.
 BATCH_MAX_M = 64
@@ -126,6 +126,20 @@ def cpu_workers() -> int:
     if _thread_controller() is None:
         return 1
     return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+
+
+def large_first(plans: Sequence[LayerPlan]) -> list[LayerPlan]:
+    """Order ``plans`` for a worker pool: each layer of a tenth or more of the work
+    first, then the rest in the given order.
+
+    A large embedding started last would run alone while the other workers
+    idle; the rest keep the report's order, so results arrive as they are
+    needed. The work of a layer is estimated as ``N * M**2 * slices``.
+    """
+    work = [plan.N * plan.M**2 * plan.slices for plan in plans]
+    threshold = sum(work) / 10
+    large = [plan for plan, cost in zip(plans, work, strict=True) if cost >= threshold]
+    return large + [plan for plan in plans if plan not in large]
 
 
 #: Environment variables through which a user sets the BLAS thread count.

@@ -18,6 +18,14 @@ import pytest_setol.session  # noqa: F401  (also imports numpy and scipy)
 MakeCheckpoint = Callable[..., Path]
 
 
+@pytest.fixture(autouse=True)
+def _private_spectra_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keep the setol command's default cache out of the user's home folder."""
+    monkeypatch.setenv("SETOL_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
 def matrix_with_eigenvalues(
     eigenvalues: np.ndarray, rows: int, rng: np.random.Generator
 ) -> np.ndarray:

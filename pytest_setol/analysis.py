@@ -166,9 +166,9 @@ def find_config(checkpoint: str | Path) -> Path | None:
 class CheckpointAnalysis:
     """Lazy analysis of one checkpoint: header and plan first, spectra on demand.
 
-    The plugin asks for layers one item at a time; the API and the command
-    line ask for everything through ``result()``. Both paths run the same
-    ``analyze_layer``, so a layer reads the same in every output.
+    The plugin requests layers one item at a time, and the API and the
+    command line request everything through ``result()``. Both paths run
+    the same ``analyze_layer``, so a layer reads the same in every output.
     """
 
     def __init__(
@@ -344,7 +344,9 @@ def _unreadable_layer(plan: LayerPlan, error: CheckpointError) -> LayerResult:
     )
 
 
-def error_result(path: str | Path, error: Exception, config: Config | None) -> CheckpointResult:
+def error_result(
+    path: str | Path, error: Exception, config: Config | None
+) -> CheckpointResult:
     """Return the result of a checkpoint that could not be read."""
     return CheckpointResult(
         path=str(path),
@@ -356,8 +358,10 @@ def error_result(path: str | Path, error: Exception, config: Config | None) -> C
     )
 
 
-def resolve_config(config: Config | str | Path | None, checkpoint: str | Path) -> Config:
-    """Use ``config`` if given, else ``setol.yaml`` beside the checkpoint, else defaults."""
+def resolve_config(
+    config: Config | str | Path | None, checkpoint: str | Path
+) -> Config:
+    """Return ``config``, else ``setol.yaml`` beside the checkpoint, else defaults."""
     if isinstance(config, Config):
         return config
     if config is not None:
@@ -434,7 +438,9 @@ def analyze(
     return Report(settings=settings, checkpoints=tuple(results))
 
 
-def report_settings(requested_device: str, options: AnalysisOptions) -> dict[str, object]:
+def report_settings(
+    requested_device: str, options: AnalysisOptions
+) -> dict[str, object]:
     """Return the ``settings`` entry of the report document."""
     from . import __version__
 

@@ -309,20 +309,13 @@ def render_drift(
 ) -> str:
     """Return one drift table per checkpoint plus its added and removed layers."""
     from rich import box
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
+    from .report import text_console
+
     buffer = io.StringIO()
-    console = Console(
-        file=buffer,
-        width=width,
-        force_terminal=color,
-        color_system="standard" if color else None,
-        no_color=not color,
-        highlight=False,
-        emoji=False,
-    )
+    console = text_console(buffer, width, color)
     for drift in drifts:
         if drift.baseline_path is None:
             console.print(Text(f"{drift.path}: no entry in baseline {baseline.path}"))

@@ -140,7 +140,8 @@ class SpectrumCache:
                 np.save(file, values, allow_pickle=False)
             os.replace(temporary, target)
         except OSError:
-            # A full or read-only disk costs only the cache entry; the result stands.
+            # A full or read-only disk loses only the cache entry, so the
+            # result is still returned.
             if temporary is not None:
                 Path(temporary).unlink(missing_ok=True)
 

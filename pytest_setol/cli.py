@@ -427,7 +427,7 @@ def analysis_options(args: argparse.Namespace) -> AnalysisOptions:
 
 
 def _cache_dir(args: argparse.Namespace) -> str | None:
-    """Return the spectra cache directory the command line asks for, or None."""
+    """Return the spectra cache directory the command line selects, or None."""
     if getattr(args, "no_cache", False):
         return None
     from .cache import default_cache_dir

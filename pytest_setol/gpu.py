@@ -141,7 +141,7 @@ class _Batch:
 def _to_device(array: np.ndarray, device: str, torch: Any) -> Any:
     """Copy ``array`` to ``device`` as float64, sent as float32 unless it is float64.
 
-    float32 holds every float16, bfloat16 and float8 value exactly, and sends
+    float32 represents every float16, bfloat16 and float8 value exactly, and sends
     half the bytes.
     """
     sent = np.float64 if array.dtype == np.float64 else np.float32

@@ -2,7 +2,7 @@
 
 Every function takes all ``L`` eigenvalues of a layer (zeros included) on
 the scale the caller chose, and returns plain floats or null values with a
-reason; nothing here knows about files or rules.
+reason. Nothing here depends on files or rules.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ SCALES = ("raw", "1/N")
 
 @dataclass(frozen=True)
 class AnalysisOptions:
-    """How eigenvalues are computed and fitted.
+    """Settings of the eigenvalue computation and the fit.
 
     ``device`` is the resolved device (``cpu`` or ``cuda:N``), never ``auto``.
     ``cache_dir`` is the spectra cache directory, or None to compute every

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 #: Eigenvalues at or below this absolute floor are left out of the fit, as in
-#: WeightWatcher. Scale invariance holds while no eigenvalue crosses it.
+#: WeightWatcher. Results are scale invariant while no eigenvalue crosses it.
 EIGENVALUE_FLOOR = 1e-5
 
 #: A fit needs at least this many eigenvalues above the floor.
@@ -77,7 +77,7 @@ class PowerLawFit:
 
 @dataclass(frozen=True)
 class FitFailure:
-    """No power law could be fitted; ``reason`` says why."""
+    """No power law could be fitted, for the ``reason`` given."""
 
     reason: str
 
@@ -348,7 +348,7 @@ def ks_distances(x: np.ndarray, alphas: np.ndarray) -> np.ndarray:
         stop = min(alphas.size, start + rows_per_block)
         rows = np.arange(start, stop)
         tail = n - rows
-        # Column k of row i holds the k-th value of the tail that starts at i;
+        # Column k of row i is the k-th value of the tail that starts at i;
         # columns past the tail's end are masked out.
         cols = rows[:, None] + offsets[None, :]
         valid = cols < n

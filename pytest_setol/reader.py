@@ -26,6 +26,16 @@ _LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
 #: Float codes that the analysis reads (all upcast to float64).
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "F8_E8M0")
 
+#: safetensors dtype code of each numpy and torch dtype name (torch names
+#: drop the ``torch.`` prefix).
+DTYPE_CODES = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
+    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+    "float8_e8m0fnu": "F8_E8M0", "complex64": "C64", "bool": "BOOL",
+    "int8": "I8", "int16": "I16", "int32": "I32", "int64": "I64",
+    "uint8": "U8", "uint16": "U16", "uint32": "U32", "uint64": "U64",
+}  # fmt: skip
+
 RowReader = Callable[[int, int], np.ndarray]
 
 

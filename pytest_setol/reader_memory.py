@@ -12,15 +12,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CheckpointError
-from .reader import Checkpoint, TensorRef, natural_key
-
-_NUMPY_CODES = {
-    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
-    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
-    "float8_e8m0fnu": "F8_E8M0", "complex64": "C64", "bool": "BOOL",
-    "int8": "I8", "int16": "I16", "int32": "I32", "int64": "I64",
-    "uint8": "U8", "uint16": "U16", "uint32": "U32", "uint64": "U64",
-}  # fmt: skip
+from .reader import DTYPE_CODES, Checkpoint, TensorRef, natural_key
 
 
 def is_in_memory(source: Any) -> bool:
@@ -65,7 +57,7 @@ def checkpoint_from_memory(source: Any, label: str | None = None) -> Checkpoint:
 
 
 def _array_ref(name: str, array: np.ndarray) -> TensorRef:
-    code = _NUMPY_CODES.get(array.dtype.name, array.dtype.name)
+    code = DTYPE_CODES.get(array.dtype.name, array.dtype.name)
     array = np.ascontiguousarray(array)
 
     def read_rows(start: int, stop: int) -> np.ndarray:

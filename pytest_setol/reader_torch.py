@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import CheckpointError
-from .reader import Checkpoint, TensorRef, natural_key, numpy_dtype
+from .reader import DTYPE_CODES, Checkpoint, TensorRef, natural_key, numpy_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -47,13 +47,6 @@ WRAPPER_PREFIXES = ("model.", "module.", "net.", "network.", "_orig_mod.")
 #: Wrapper prefixes stripped from a plain state dict, which has no training wrapper.
 _PLAIN_PREFIXES = ("module.", "_orig_mod.")
 
-_CODES = {
-    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
-    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
-    "float8_e8m0fnu": "F8_E8M0", "complex64": "C64", "bool": "BOOL",
-    "int8": "I8", "int16": "I16", "int32": "I32", "int64": "I64",
-    "uint8": "U8", "uint16": "U16", "uint32": "U32", "uint64": "U64",
-}  # fmt: skip
 #: Dtypes numpy lacks: viewed as integers of the same width, then as ml_dtypes.
 _BIT_VIEWS = {
     "BF16": "int16",
@@ -194,7 +187,7 @@ def strip_wrapper_prefix(
 def dtype_code(tensor: torch.Tensor) -> str:
     """Return the safetensors-style dtype code of a torch tensor (``F32``, ``BF16``)."""
     name = str(tensor.dtype).removeprefix("torch.")
-    return _CODES.get(name, name)
+    return DTYPE_CODES.get(name, name)
 
 
 def tensor_refs(state_dict: Mapping[str, Any], torch: Any) -> tuple[TensorRef, ...]:
